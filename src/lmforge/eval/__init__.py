@@ -1,0 +1,3 @@
+from lmforge.eval.perplexity import evaluate_batches
+
+__all__ = ["evaluate_batches"]
