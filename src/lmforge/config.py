@@ -40,6 +40,28 @@ class ModelConfig:
     max_seq_len: int = 256
     tie_embeddings: bool = False
     init_std: float = 0.02
+    quant: str = choice("none", "ternary")  # ternary: BitNet b1.58 BitLinear attention/MLP projections
+    # Sparse Mixture-of-Experts (model/moe.py). n_experts = 0: every block has a dense MLP.
+    n_experts: int = 0
+    experts_per_token: int = 2  # top-k; = n_experts gives the dense router-probability-weighted mixture
+    moe_every: int = 1  # MoE in layers i with (i + 1) % moe_every == 0: 2 -> layers 1, 3, 5, ... (0-based)
+    expert_mlp: str = choice("auto", "gelu", "swiglu")  # auto: the same kind as `mlp`; hidden size is ffn_dim
+    moe_aux_loss_weight: float = 0.01  # Switch load-balancing loss
+    moe_z_loss_weight: float = 0.001  # ST-MoE router z-loss
+    moe_capacity_factor: float = 0.0  # 0: dropless; c > 0: an expert takes at most c·tokens·k/n_experts (training)
+
+    @property
+    def expert_kind(self) -> str:
+        return self.mlp if self.expert_mlp == "auto" else self.expert_mlp
+
+    @property
+    def expert_ffn_dim(self) -> int:
+        if self.d_ff or self.expert_kind == self.mlp:
+            return self.ffn_dim
+        return 64 * -(-int(8 * self.d_model / 3) // 64) if self.expert_kind == "swiglu" else 4 * self.d_model
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return self.n_experts > 0 and (layer_idx + 1) % self.moe_every == 0
 
     @property
     def kv_heads(self) -> int:
@@ -70,6 +92,20 @@ class ModelConfig:
             raise ConfigError(f"head dimension {self.dim_head} must be even for RoPE")
         if self.max_seq_len <= 0:
             raise ConfigError("model.max_seq_len must be positive")
+        if self.n_experts:
+            if self.n_experts < 2:
+                raise ConfigError(f"model.n_experts = {self.n_experts}: use 0 (dense) or at least 2 experts")
+            if not 1 <= self.experts_per_token <= self.n_experts:
+                raise ConfigError(f"model.experts_per_token = {self.experts_per_token} must be between 1 and "
+                                  f"model.n_experts = {self.n_experts}")
+            if not 1 <= self.moe_every <= self.n_layers:
+                raise ConfigError(f"model.moe_every = {self.moe_every} must be between 1 and model.n_layers = "
+                                  f"{self.n_layers}")
+            for key in ("moe_aux_loss_weight", "moe_z_loss_weight", "moe_capacity_factor"):
+                if getattr(self, key) < 0:
+                    raise ConfigError(f"model.{key} = {getattr(self, key)} must be >= 0")
+        elif self.n_experts < 0:
+            raise ConfigError(f"model.n_experts = {self.n_experts} must be >= 0 (0: dense)")
 
 
 @dataclass

@@ -46,6 +46,14 @@ def find_tokenizer(ckpt: Path, run_dir: Path) -> Path:
 
 def load_model(run_or_ckpt: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A run directory, a checkpoint directory, or a packed ternary file (`lmforge export --format ternary`)."""
+    if Path(run_or_ckpt).is_file():
+        from lmforge.checkpoint.packed import is_packed_file, load_packed
+
+        if is_packed_file(run_or_ckpt):
+            return load_packed(run_or_ckpt, device, dtype)
+        raise CheckpointError(f"{run_or_ckpt}: a file, but not a packed ternary model; pass a run or checkpoint "
+                              f"directory")
     ckpt, run_dir = resolve_checkpoint(run_or_ckpt)
     config_path = ckpt / "config.toml"
     if not config_path.is_file():

@@ -12,6 +12,7 @@ from torch import nn
 from lmforge.config import ModelConfig
 from lmforge.model.attention import Attention
 from lmforge.model.mlp import build_mlp
+from lmforge.model.moe import MoE, MoEStats, moe_layers, moe_loss
 from lmforge.model.norms import build_norm
 from lmforge.model.rope import rope_tables
 
@@ -22,7 +23,11 @@ class Block(nn.Module):
         self.attn_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer_idx)
         self.mlp_norm = build_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mlp = build_mlp(cfg.mlp, cfg.d_model, cfg.ffn_dim)
+        if cfg.is_moe_layer(layer_idx):
+            self.mlp = MoE(cfg.d_model, cfg.expert_ffn_dim, cfg.n_experts, cfg.experts_per_token, cfg.expert_kind,
+                           cfg.moe_capacity_factor)
+        else:
+            self.mlp = build_mlp(cfg.mlp, cfg.d_model, cfg.ffn_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any = None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, cache)
@@ -43,6 +48,7 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.dim_head, cfg.max_seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.moe_stats = MoEStats() if cfg.n_experts else None
 
     def tie_weights(self) -> None:
         """Share the embedding with the output head when configured (again after moving off the meta device)."""
@@ -97,6 +103,9 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, cache)
         if cache is not None:
             cache.advance(T)
+        moe = moe_layers(self) if self.moe_stats is not None else []
+        if moe and self.training:
+            self.moe_stats.add(moe)
         x = self.norm(x)
         if last_only:
             x = x[:, -1:]
@@ -106,7 +115,23 @@ class Transformer(nn.Module):
         loss = F.cross_entropy(
             logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=reduction
         )
-        return loss.view(B, T) if reduction == "none" else loss
+        if reduction == "none":
+            return loss.view(B, T)
+        if moe and self.training:  # each micro-batch's loss carries its own router losses
+            loss = loss + moe_loss(moe, self.cfg.moe_aux_loss_weight, self.cfg.moe_z_loss_weight)
+        return loss
+
+    def moe_loss(self) -> torch.Tensor:
+        """The weighted aux + z router losses of the last forward (0 for dense models), for training code that
+        computes its own loss from logits."""
+        moe = moe_layers(self)
+        if not moe:
+            return torch.zeros((), device=self.embed.weight.device)
+        return moe_loss(moe, self.cfg.moe_aux_loss_weight, self.cfg.moe_z_loss_weight)
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Metrics to log beside the loss (MoE: router losses and expert load since the last call); {} if dense."""
+        return self.moe_stats.read() if self.moe_stats is not None else {}
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", seed: int | None = 0,
@@ -115,6 +140,10 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", seed: int 
     weights are about to be loaded from a checkpoint)."""
     with torch.device("meta"):
         model = Transformer(cfg)
+        if cfg.quant == "ternary":
+            from lmforge.model.bitlinear import convert_to_ternary
+
+            convert_to_ternary(model)
     model = model.to_empty(device=device)
     model.tie_weights()
     if init:
