@@ -162,6 +162,22 @@ class TrainConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning (lmforge sft): [model] and [tokenizer] come from the pretrained run (`--from`)."""
+    data: list[str] = field(default_factory=list)  # ShareGPT / messages / Alpaca / Dolly JSON(L) files or hf:owner/name
+    format: str = choice("auto", "sharegpt", "alpaca")  # auto: detected per record
+    prompt_style: str = ""  # chatml / alpaca (data/templates.py); "": chatml for chats, alpaca for instructions.
+    # An SFT run records the style it used here, so chat / serve / smoke render prompts the same way.
+    system_prompt: str = ""  # default system message for chat (ChatML)
+    init_from: str = ""  # the pretrained run or checkpoint (set by --from)
+    val_fraction: float = 0.05  # held-out records for eval loss / early stopping
+    epochs: float = 3.0  # > 0: sets train.max_steps from the data size; 0: use train.max_steps
+    patience: int = 0  # early stopping: evaluations without improvement before stopping; 0: off
+    packing: bool = False  # pack several short examples into one row
+    max_records: int = 0  # 0: every record
+
+
+@dataclass
 class Config:
     name: str = "run"
     out_dir: str = ""  # "" = runs/<name>
@@ -169,6 +185,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -189,6 +206,10 @@ class Config:
             )
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError("data.val_fraction must be in [0, 1)")
+        if not 0 <= self.sft.val_fraction < 1:
+            raise ConfigError("sft.val_fraction must be in [0, 1)")
+        if self.sft.epochs < 0 or self.sft.patience < 0:
+            raise ConfigError("sft.epochs and sft.patience must be >= 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -154,6 +154,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum / self.grad_accum, grad_norm
 
+    def extra_metrics(self) -> dict[str, Any]:
+        """Model-specific values to log (MoE: router losses, expert load), from the model's optional
+        `extra_metrics()`; a dense Transformer returns {} at once."""
+        fn = getattr(getattr(self.model, "module", self.model), "extra_metrics", None)  # unwrap DDP-style wrappers
+        return fn() if callable(fn) else {}
+
     def progress_fraction(self) -> float:
         t = self.cfg.train
         frac = self.step / t.max_steps
@@ -203,8 +209,11 @@ class Trainer:
                     record = {"step": self.step, "tokens": self.tokens, "loss": loss.item(), "lr": lr,
                               "grad_norm": grad_norm.item(), "tok_per_s": round(tok_s, 1),
                               "elapsed_s": round(self.elapsed, 2)}
+                    extra = self.extra_metrics()
+                    record.update(extra)
                     logger.log(record)
                     postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
+                    postfix.update((k, f"{v:.3g}") for k, v in extra.items() if isinstance(v, float))
                     if t.time_limit_min > 0:
                         postfix["left"] = f"{max(0, 60 * t.time_limit_min - self.elapsed):.0f}s"
                     bar.set_postfix(postfix, refresh=False)
