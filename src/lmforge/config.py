@@ -119,6 +119,16 @@ class TokenizerConfig:
 
 
 @dataclass
+class MixtureSource:
+    """One weighted source of a data mixture ([[data.mixture]] tables): its documents, prepared (or streamed) into its
+    own token dataset with the run's one tokenizer, and drawn from with probability weight / sum(weights)."""
+    name: str = ""
+    sources: list[str] = field(default_factory=list)  # like data.sources: files, directories, hf:owner/name[:cfg:split]
+    weight: float = 1.0
+    text_field: str = ""  # "": data.text_field (code sets often use "content")
+
+
+@dataclass
 class DataConfig:
     # Raw sources: text files / directories, .jsonl(.gz), .parquet, or "hf:owner/name[:split]" Hugging Face datasets.
     sources: list[str] = field(default_factory=list)
@@ -128,6 +138,9 @@ class DataConfig:
     val_fraction: float = 0.02
     max_docs: int = 0  # 0: every document
     workers: int = 0  # 0: one per CPU core
+    mixture: list[MixtureSource] = field(default_factory=list)  # weighted sources; when set, replaces data.sources
+    streaming: bool = False  # tokenize on the fly through a bounded shuffle buffer instead of preparing shards
+    shuffle_buffer: int = 4096  # streaming: windows per shuffled buffer (memory ~ shuffle_buffer x seq_len tokens)
 
 
 @dataclass
@@ -159,6 +172,8 @@ class TrainConfig:
     eval_batches: int = 20  # 0: the whole validation split
     checkpoint_every: int = 500  # 0: only at the end
     keep_checkpoints: int = 2
+    parallel: str = choice("none", "ddp", "fsdp")  # data parallelism across torchrun processes (FSDP2: sharded)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~30% more compute
 
 
 @dataclass
@@ -206,11 +221,27 @@ class Config:
             )
         if not 0 <= self.data.val_fraction < 1:
             raise ConfigError("data.val_fraction must be in [0, 1)")
+        self._validate_mixture()
         if not 0 <= self.sft.val_fraction < 1:
             raise ConfigError("sft.val_fraction must be in [0, 1)")
         if self.sft.epochs < 0 or self.sft.patience < 0:
             raise ConfigError("sft.epochs and sft.patience must be >= 0")
         return self
+
+    def _validate_mixture(self) -> None:
+        names = [m.name for m in self.data.mixture]
+        for i, m in enumerate(self.data.mixture):
+            where = f"data.mixture[{i}]" + (f" ('{m.name}')" if m.name else "")
+            if not m.name or not m.name.replace("-", "").replace("_", "").isalnum():
+                raise ConfigError(f"{where}: needs a name of letters, digits, '-' or '_'")
+            if names.count(m.name) > 1:
+                raise ConfigError(f"{where}: the name '{m.name}' is used twice")
+            if not m.sources:
+                raise ConfigError(f"{where}: 'sources' is empty")
+            if not m.weight > 0:
+                raise ConfigError(f"{where}: 'weight' must be positive, got {m.weight}")
+        if self.data.shuffle_buffer <= 0:
+            raise ConfigError("data.shuffle_buffer must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -316,6 +347,11 @@ def _build(cls: type, data: dict[str, Any], where: str, source: str) -> Any:
             hint = f"; did you mean '{where}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
             raise ConfigError(f"{source}: unknown config key '{path}'{hint}")
         typ = hints[key]
+        if typing.get_origin(typ) is list and is_dataclass(typing.get_args(typ)[0]):  # [[section.key]] tables
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{source}: '{path}' must be a list of tables ([[{path}]])")
+            kwargs[key] = [_build(typing.get_args(typ)[0], v, f"{path}[{i}].", source) for i, v in enumerate(value)]
+            continue
         if is_dataclass(typ):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{path}' must be a table ([{path}])")

@@ -17,6 +17,8 @@ class PromptStyle:
     name: str
     special_tokens: tuple[str, ...]  # tokens the tokenizer must know as single, never-split ids
     stop: tuple[str, ...]  # text that ends an assistant turn
+    eos_after_reply: bool = False  # the tokenizer's EOS follows (and is trained with) each reply, e.g. Alpaca
+    markers: tuple[str, ...] = ()  # template text a well-behaved reply never contains (smoke test: off-template)
 
     def segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
         raise NotImplementedError
@@ -33,7 +35,8 @@ class ChatML(PromptStyle):
     """<|im_start|>role\\ncontent<|im_end|>\\n ... ; the assistant's content and its <|im_end|> are trained."""
 
     def __init__(self) -> None:
-        super().__init__("chatml", ("<|im_start|>", "<|im_end|>"), ("<|im_end|>",))
+        super().__init__("chatml", ("<|im_start|>", "<|im_end|>"), ("<|im_end|>",),
+                         markers=("<|im_start|>", "<|im_end|>"))
 
     def segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool]] = []
@@ -42,8 +45,9 @@ class ChatML(PromptStyle):
                 out.append(("<|im_start|>assistant\n", False))
                 out.append((m["content"] + "<|im_end|>", True))
                 out.append(("\n", False))
-            else:
-                out.append((f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n", False))
+            else:  # an Alpaca-style `input` rides along in the user turn
+                content = m["content"] + (f"\n\n{m['input']}" if m.get("input") else "")
+                out.append((f"<|im_start|>{m['role']}\n{content}<|im_end|>\n", False))
         return out
 
     def assistant_prefix(self) -> str:
@@ -56,11 +60,13 @@ ALPACA_HEADER_INPUT = ("Below is an instruction that describes a task, paired wi
 
 
 class Alpaca(PromptStyle):
-    """The Stanford Alpaca template, with and without an input. A user message is the instruction; an optional
-    second part after a line '### Input:' style split is carried as `input` by the instruction loader."""
+    """The Stanford Alpaca template, with and without an input. A user message is the instruction; its optional
+    `input` (Alpaca `input`, Dolly `context`) is carried by the instruction loader. System messages are dropped.
+    Each reply is followed by the tokenizer's EOS, which is trained (eos_after_reply)."""
 
     def __init__(self) -> None:
-        super().__init__("alpaca", (), ("### Instruction:",))
+        super().__init__("alpaca", (), ("### Instruction:",), eos_after_reply=True,
+                         markers=("### Instruction:", "### Input:", "### Response:"))
 
     @staticmethod
     def render_instruction(instruction: str, input_text: str = "") -> str:
@@ -81,7 +87,27 @@ class Alpaca(PromptStyle):
         return ""
 
 
-PROMPT_STYLES: dict[str, PromptStyle] = {s.name: s for s in (ChatML(), Alpaca())}
+class Plain(PromptStyle):
+    """'User: ...\nAssistant: ...' lines, for a model without chat special tokens (e.g. a base model being served)."""
+
+    def __init__(self) -> None:
+        super().__init__("plain", (), ("\nUser:",))
+
+    def segments(self, messages: list[Message]) -> list[tuple[str, bool]]:
+        out: list[tuple[str, bool]] = []
+        for m in messages:
+            if m["role"] == "assistant":
+                out.append(("Assistant:", False))
+                out.append((f" {m['content']}\n", True))
+            else:
+                out.append((f"{m['role'].capitalize()}: {m['content']}\n", False))
+        return out
+
+    def assistant_prefix(self) -> str:
+        return "Assistant:"
+
+
+PROMPT_STYLES: dict[str, PromptStyle] = {s.name: s for s in (ChatML(), Alpaca(), Plain())}
 
 
 def get_prompt_style(name: str) -> PromptStyle:

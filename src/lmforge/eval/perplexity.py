@@ -2,7 +2,8 @@
 
 Bits per byte = (sum of the loss in nats over predicted tokens) / (ln 2 · the UTF-8 bytes those tokens stand for).
 It does not depend on the tokenizer, so models with different vocabularies compare fairly. Special tokens (end of
-text) stand for no bytes and are left out of the bpb sums (as nanochat does); `loss` averages over every token."""
+text) stand for no bytes and are left out of the bpb sums (as nanochat does); `loss` averages over every token.
+Targets of -100 (masked prompt tokens and padding in fine-tuning) are left out of every sum."""
 from __future__ import annotations
 
 import math
@@ -35,11 +36,12 @@ def evaluate_batches(
         with autocast(device, dtype):
             losses = model(x, y, reduction="none")
         losses = losses.double()
-        b = tb[y]
+        valid = y != -100  # masked targets (fine-tuning prompts, padding) count for nothing
+        b = tb[y.clamp(min=0)] * valid
         nats += losses.sum()
         bpb_nats += (losses * (b > 0)).sum()
         n_bytes += b.sum()
-        n_tokens += y.numel()
+        n_tokens += int(valid.sum())
     model.train(was_training)
     if n_tokens == 0:
         raise DataError("the validation split is smaller than one evaluation window; use more data or a shorter seq_len")

@@ -5,6 +5,7 @@ What to train on and how to evaluate are passed in (a loader with next_batch/sta
 function), so pretraining and SFT share this one loop."""
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -97,6 +98,8 @@ class Trainer:
         self.bad_evals = 0
 
     world_size = 1  # data-parallel wrappers override this
+    eval_at_start = False  # evaluate once before the first step (set by fine-tuning)
+    is_main = True  # the process that logs, plots and writes checkpoint files (rank 0)
 
     # -- state --------------------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -114,8 +117,7 @@ class Trainer:
         ckpt = ckpt or latest_checkpoint(self.run_dir)
         if ckpt is None:
             return False
-        load_weights(self.model, ckpt / "model.safetensors")
-        state = load_trainer_state(ckpt, self.optimizer)
+        state = self.load_checkpoint_state(ckpt)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.loader.load_state_dict(state["loader"])
         self.best_eval = state.get("best_eval") or math.inf
@@ -124,6 +126,11 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         print(f"resumed from {ckpt} at step {self.step}", flush=True)
         return True
+
+    def load_checkpoint_state(self, ckpt: Path) -> dict[str, Any]:
+        """Weights and optimizer into place; returns the trainer state (data-parallel wrappers override this)."""
+        load_weights(self.model, ckpt / "model.safetensors")
+        return load_trainer_state(ckpt, self.optimizer)
 
     def save(self) -> Path:
         return save_checkpoint(self.run_dir, self.cfg, self.model, self.optimizer, self.state(),
@@ -134,13 +141,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(self.grad_accum):
+        for i in range(self.grad_accum):
             x, y = self.loader.next_batch()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with autocast(self.device, self.dtype):
-                loss = self.forward(x, y)
-            scaled = loss / self.grad_accum
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            with self.sync_context(last=i == self.grad_accum - 1):
+                with autocast(self.device, self.dtype):
+                    loss = self.forward(x, y)
+                scaled = loss / self.grad_accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += loss.detach()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -160,6 +168,18 @@ class Trainer:
         fn = getattr(getattr(self.model, "module", self.model), "extra_metrics", None)  # unwrap DDP-style wrappers
         return fn() if callable(fn) else {}
 
+    # -- hooks for data-parallel subclasses (train/distributed.py); single-process defaults ---------------------------
+    def sync_context(self, last: bool):
+        """Around each micro-batch: DDP/FSDP skip the gradient all-reduce on all but the last."""
+        return contextlib.nullcontext()
+
+    def agree(self, flag: bool) -> bool:
+        """A stop decision every process takes together (data-parallel: true if true on any rank)."""
+        return flag
+
+    def open_logger(self, resume_step: int | None) -> MetricsLogger:
+        return MetricsLogger(self.run_dir / "metrics.jsonl", resume_step=resume_step)
+
     def progress_fraction(self) -> float:
         t = self.cfg.train
         frac = self.step / t.max_steps
@@ -173,7 +193,8 @@ class Trainer:
             return {}
         result = self.eval_fn(self.model)
         logger.log({"step": self.step, "tokens": self.tokens, **{f"val_{k}": v for k, v in result.items()}})
-        plot_loss_curve(logger.path, self.run_dir / "loss_curve.png", title=self.cfg.name)
+        if self.is_main:
+            plot_loss_curve(logger.path, self.run_dir / "loss_curve.png", title=self.cfg.name)
         if result["loss"] < self.best_eval - 1e-6:
             self.best_eval, self.bad_evals = result["loss"], 0
         else:
@@ -184,16 +205,18 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         t = self.cfg.train
         resumed = self.resume() if resume else False
-        logger = MetricsLogger(self.run_dir / "metrics.jsonl", resume_step=self.step if resumed else None)
+        logger = self.open_logger(self.step if resumed else None)
         result = TrainResult(step=self.step, tokens=self.tokens)
         bar = tqdm(total=t.max_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True,
                    desc=self.cfg.name)
         last_log_time, last_log_tokens = time.time(), self.tokens
         last_eval: dict[str, float] = {}
         evaluated_at = -1
+        if self.eval_at_start and not resumed and self.eval_fn is not None:
+            self.evaluate(logger)  # step 0: the starting point (for fine-tuning, the base model's held-out loss)
         with _Interrupt() as interrupt:
             while self.step < t.max_steps:
-                if t.time_limit_min > 0 and self.elapsed >= 60 * t.time_limit_min:
+                if t.time_limit_min > 0 and self.agree(self.elapsed >= 60 * t.time_limit_min):
                     break
                 step_start = time.time()
                 lr = learning_rate(t, self.step, self.progress_fraction())
@@ -211,6 +234,8 @@ class Trainer:
                               "elapsed_s": round(self.elapsed, 2)}
                     extra = self.extra_metrics()
                     record.update(extra)
+                    if callable(getattr(self.loader, "metrics", None)):  # e.g. tokens drawn per mixture source
+                        record.update(self.loader.metrics())
                     logger.log(record)
                     postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
                     postfix.update((k, f"{v:.3g}") for k, v in extra.items() if isinstance(v, float))
@@ -227,7 +252,7 @@ class Trainer:
                         break
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0 and self.step < t.max_steps:
                     self.save()
-                if interrupt.requested:
+                if self.agree(interrupt.requested):
                     result.interrupted = True
                     break
         bar.close()
