@@ -11,6 +11,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.inference.kv_cache import KVCache
 from lmforge.inference.sampling import SamplingParams, sample_next
+from lmforge.inference.textstream import TextStream
 from lmforge.tokenizer import Tokenizer
 
 
@@ -96,31 +97,21 @@ class Engine:
     def _stream_with_reason(self, prompt: str | list[int], params: SamplingParams) -> Iterator[tuple[str, str | None]]:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         eos = self.tokenizer.eos_id
-        tokens: list[int] = []
-        emitted = ""
-        hold = max((len(s) for s in params.stop), default=0)  # keep back text that might begin a stop string
+        text = TextStream(self.tokenizer, params.stop)
         for step in self.generate_tokens([ids], params):
             t = step[0]
             if t is None:
                 break
             if t == eos and params.stop_at_eos:
-                yield "", "stop"
+                yield text.flush(), "stop"  # the text held back for a stop string that never came
                 return
-            tokens.append(t)
-            text = self.tokenizer.decode(tokens)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
-                continue
-            for s in params.stop:
-                cut = text.find(s)
-                if cut != -1:
-                    yield text[len(emitted):cut], "stop"
-                    return
-            safe = len(text) - hold + 1 if hold else len(text)
-            if safe > len(emitted):
-                yield text[len(emitted):safe], None
-                emitted = text[:safe]
-        text = self.tokenizer.decode(tokens)
-        yield text[len(emitted):], "length"
+            delta, stopped = text.feed(t)
+            if stopped:
+                yield delta, "stop"
+                return
+            if delta:
+                yield delta, None
+        yield text.flush(), "length"
 
     def complete(self, prompt: str | list[int], params: SamplingParams) -> Completion:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)

@@ -57,10 +57,19 @@ class KVCache:
             mask = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=lens[0])
             return keys, values, mask
         idx = torch.tensor(rows, device=k.device)
-        for i, (r, n) in enumerate(zip(rows, lens)):
-            self.k[layer, r, :, n:n + T] = k[i]
-            self.v[layer, r, :, n:n + T] = v[i]
-        keys, values = self.k[layer, idx, :, :end], self.v[layer, idx, :, :end]
+        if T == 1:  # one decode step of many rows (continuous batching): a single scatter per tensor
+            pos = torch.tensor(lens, device=k.device)
+            self.k[layer, idx, :, pos] = k[:, :, 0]
+            self.v[layer, idx, :, pos] = v[:, :, 0]
+        else:
+            for i, (r, n) in enumerate(zip(rows, lens)):
+                self.k[layer, r, :, n:n + T] = k[i]
+                self.v[layer, r, :, n:n + T] = v[i]
+        if contiguous:  # a view, not a gathered copy
+            sl = slice(rows[0], rows[0] + len(rows))
+            keys, values = self.k[layer, sl, :, :end], self.v[layer, sl, :, :end]
+        else:
+            keys, values = self.k[layer, idx, :, :end], self.v[layer, idx, :, :end]
         q_pos = torch.tensor(lens, device=k.device)[:, None] + torch.arange(T, device=k.device)  # [B, T]
         mask = torch.arange(end, device=k.device)[None, None, :] <= q_pos[:, :, None]  # [B, T, end]
         return keys, values, mask.unsqueeze(1)

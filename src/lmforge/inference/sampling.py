@@ -45,11 +45,20 @@ def apply_repetition_penalty(logits: torch.Tensor, context: torch.Tensor, penalt
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
                 context: torch.Tensor | None = None) -> torch.Tensor:
     """logits [B, V] -> token ids [B]."""
+    logits = shape_logits(logits, params, context)
+    if params.temperature == 0:
+        return logits.argmax(dim=-1)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def shape_logits(logits: torch.Tensor, params: SamplingParams, context: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits the next token is drawn from: repetition penalty, then (unless greedy) temperature, top-k and
+    top-p. Split from the draw so a batch can be shaped at once and each row drawn with its own generator."""
     logits = logits.float()
     if context is not None:
         logits = apply_repetition_penalty(logits, context, params.repetition_penalty)
     if params.temperature == 0:
-        return logits.argmax(dim=-1)
+        return logits
     logits = logits / params.temperature
     if params.top_k and params.top_k < logits.size(-1):
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
@@ -60,5 +69,4 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the smallest prefix whose mass reaches top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return logits
