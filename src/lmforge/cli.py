@@ -8,7 +8,7 @@ import sys
 
 from lmforge.errors import LmforgeError
 
-COMMANDS = ["info", "tokenizer", "data", "train", "eval", "generate", "export", "demo"]
+COMMANDS = ["info", "tokenizer", "data", "train", "eval", "generate", "export", "demo", "import_hf", "card", "sft", "chat", "smoke", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
