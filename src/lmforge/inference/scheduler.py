@@ -235,7 +235,8 @@ class Scheduler:
         delta, stopped = req.text.feed(token)
         if stopped:
             self._finish(req, delta, "stop")
-        elif req.generated >= req.params.max_new_tokens or self.cache.lengths[req.row] >= self.cache.max_len:
+        elif req.generated >= req.params.max_new_tokens or self.cache.lengths[req.row] + 1 >= self.cache.max_len:
+            # prompt + completion fill the context (as in the engine)
             self._finish(req, delta + req.text.flush(), "length")
         else:
             req.next_token = token
