@@ -216,21 +216,23 @@ def encode_turns(messages: list[Message], style: PromptStyle, tokenizer) -> list
     eos = tokenizer.eos_id
     if style.eos_after_reply and eos is None:
         raise DataError(f"the '{style.name}' prompt style ends replies with EOS, but the tokenizer has no EOS token")
+    replied = False  # the current piece holds a reply: it closes at the next segment that is not just whitespace
     for (text, trained), ids in zip(segments, encoded):
+        if replied and not trained and not text.strip():  # ChatML's "\n" after <|im_end|> ends the same turn
+            current.ids += ids
+            current.trained += [False] * len(ids)
+            continue
+        if replied:
+            pieces.append(current)
+            current, replied = Example([], []), False
         current.ids += ids
         current.trained += [trained] * len(ids)
         if trained and style.eos_after_reply:
             current.ids.append(eos)
             current.trained.append(True)
-        if trained:
-            pieces.append(current)
-            current = Example([], [])
+        replied = replied or trained
     if current.ids:
-        if pieces and not any(current.trained):  # trailing template text of the last exchange (ChatML's "\n")
-            pieces[-1].ids += current.ids
-            pieces[-1].trained += current.trained
-        else:
-            pieces.append(current)
+        pieces.append(current)
     return pieces
 
 
