@@ -9,32 +9,17 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from lmforge.checkpoint import load_model, save_checkpoint  # noqa: E402
-from lmforge.config import load_config, save_config  # noqa: E402
+from _export_util import make_run  # noqa: E402
+from lmforge.checkpoint import load_model  # noqa: E402
 from lmforge.errors import LmforgeError  # noqa: E402
 from lmforge.export import hf  # noqa: E402
 from lmforge.inference import Engine, SamplingParams  # noqa: E402
-from lmforge.model import build_model  # noqa: E402
 from lmforge.tokenizer import train_bpe, train_unigram  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def bpe(stories):
     return train_bpe(stories[:200], 400, ["<|endoftext|>"])
-
-
-def make_run(root: Path, tok, overrides: list[str], seed: int = 0) -> Path:
-    """A run directory written through the real config / tokenizer / checkpoint code, with random weights."""
-    cfg = load_config("tiny", [f'out_dir="{root}"', f"model.vocab_size={tok.vocab_size}", *overrides])
-    model = build_model(cfg.model, "cpu", seed=seed)
-    with torch.no_grad():  # non-trivial norm weights, so a norm mapped to the wrong place would show
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-    save_config(cfg, root / "config.toml")
-    tok.save(root / "tokenizer")
-    save_checkpoint(root, cfg, model, None, {"step": 1, "tokens": 0, "elapsed": 0.0})
-    return root
 
 
 FAMILIES = {

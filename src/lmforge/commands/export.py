@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-FORMATS: dict[str, str] = {"ternary": "ternary"}  # format name -> module under lmforge.export
+FORMATS: dict[str, str] = {"ternary": "ternary", "hf": "hf", "onnx": "onnx"}  # format name -> module under lmforge.export
 
 
 def add_parser(sub) -> None:
