@@ -145,3 +145,26 @@ def test_import_sharded_and_bin(tmp_path, bpe, stories):
     for src in (sharded, binned):
         got = load_model(hf.import_hf(src, tmp_path / f"back_{src.name}")).model.state_dict()
         assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+@pytest.mark.parametrize("overrides,match", [(["model.n_experts=2"], "MoE"), (['model.quant="ternary"'], "ternary")])
+def test_refuses_moe_and_ternary_with_reason(tmp_path, bpe, overrides, match):
+    run = make_run(tmp_path / "run", bpe, overrides)
+    with pytest.raises(LmforgeError, match=match):
+        hf.export(run, tmp_path / "hf")
+
+
+def test_cli_export_sft_run_with_chat_template_and_import(tmp_path, stories):
+    """Through the CLI: a run with a recorded ChatML prompt style exports its chat template; import-hf reads it back."""
+    from lmforge.cli import main
+
+    tok = train_bpe(stories[:100], 320, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    run = make_run(tmp_path / "run", tok, ['sft.prompt_style="chatml"', 'sft.system_prompt="Be kind."'])
+    assert main(["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = auto.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [tok.eos_id, tok.token_to_id("<|im_end|>")]
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    assert main(["import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 2  # refuses to overwrite
