@@ -109,12 +109,6 @@ class MoE(nn.Module):
         out = torch.zeros(n, shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token, y)
         return out.to(x.dtype).reshape(shape)
 
-    def dense_mixture(self, x: torch.Tensor) -> torch.Tensor:
-        """Reference: every expert on every token, weighted by the full router probabilities (for tests)."""
-        _, probs, _, _ = self.route(x.reshape(-1, x.shape[-1]))
-        outs = torch.stack([e(x.reshape(-1, x.shape[-1])).float() for e in self.experts], dim=1)  # [N, E, D]
-        return (probs.unsqueeze(-1) * outs).sum(1).to(x.dtype).reshape(x.shape)
-
 
 class MoEStats:
     """Running sums of the router losses and expert loads over training forwards, read (and reset) at log time, so a
