@@ -84,8 +84,9 @@ def iter_parquet(path: Path, text_field: str) -> Iterator[str]:
                 yield text.strip()
 
 
-def iter_hf_dataset(spec: str, text_field: str) -> Iterator[str]:
-    """'owner/name', 'owner/name:split' or 'owner/name:config:split', streamed from the Hugging Face hub (cached)."""
+def iter_hf_dataset(spec: str, text_field: str, data_files: str | list[str] | None = None) -> Iterator[str]:
+    """'owner/name', 'owner/name:split' or 'owner/name:config:split', streamed from the Hugging Face hub (cached).
+    `data_files` passes through to `datasets.load_dataset` (also how the builders 'json'/'parquet' read local files)."""
     try:
         from datasets import load_dataset
     except ImportError:
@@ -97,13 +98,34 @@ def iter_hf_dataset(spec: str, text_field: str) -> Iterator[str]:
     elif len(parts) == 3:
         config, split = parts[1], parts[2]
     try:
-        ds = load_dataset(name, config, split=split, streaming=True)
+        ds = load_dataset(name, config, split=split, streaming=True, data_files=data_files)
     except Exception as e:
         raise DataError(f"could not open the Hugging Face dataset '{spec}': {e}") from None
     for row in ds:
         text = row.get(text_field)
         if isinstance(text, str) and text.strip():
             yield text.strip()
+
+
+def iter_code_files(spec: str, suffix: str = ".py") -> Iterator[str]:
+    """Every `suffix` file under a directory (sorted, site-packages skipped) as one document; 'stdlib' is the
+    running Python's standard library, a real offline Python corpus on any machine."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"]) if spec == "stdlib" else Path(spec)
+    if not root.is_dir():
+        raise DataError(f"code source: '{root}' is not a directory")
+    files = sorted(p for p in root.rglob(f"*{suffix}")
+                   if p.is_file() and not {"site-packages", "dist-packages"} & set(p.relative_to(root).parts))
+    if not files:
+        raise DataError(f"code source: no {suffix} files under {root}")
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):  # a few stdlib test files are deliberately not UTF-8
+            continue
+        if text.strip():
+            yield text
 
 
 def expand_source(source: str) -> list[Path]:
@@ -121,6 +143,9 @@ def expand_source(source: str) -> list[Path]:
 def iter_documents(source: str, separator: str = "<|endoftext|>", text_field: str = "text") -> Iterator[str]:
     if source.startswith("hf:"):
         yield from iter_hf_dataset(source[3:], text_field)
+        return
+    if source.startswith("code:"):  # source files, one document each ("code:stdlib": Python's own standard library)
+        yield from iter_code_files(source[5:])
         return
     for path in expand_source(source):
         if path.stat().st_size == 0:

@@ -15,12 +15,14 @@ def _cos(start: float, end: float, t: float) -> float:
 
 def learning_rate(cfg: TrainConfig, step: int, progress: float) -> float:
     lr, min_lr = cfg.lr, cfg.min_lr
-    if cfg.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR's cosine annealing, without momentum cycling
+    if cfg.schedule == "onecycle":  # torch.optim.lr_scheduler.OneCycleLR (cosine), without momentum cycling
         initial = lr / cfg.onecycle_div_factor
         final = initial / cfg.onecycle_final_div_factor
-        if progress < cfg.onecycle_pct_start:
-            return _cos(initial, lr, progress / cfg.onecycle_pct_start)
-        return _cos(lr, final, (progress - cfg.onecycle_pct_start) / (1 - cfg.onecycle_pct_start))
+        s = progress * cfg.max_steps  # = step, unless a time limit moves progress along faster
+        peak = cfg.onecycle_pct_start * cfg.max_steps - 1
+        if s <= peak:
+            return _cos(initial, lr, s / peak)
+        return _cos(lr, final, (s - peak) / (cfg.max_steps - 1 - peak))
     if step < cfg.warmup_steps:
         return lr * (step + 1) / cfg.warmup_steps
     warm = cfg.warmup_steps / cfg.max_steps
