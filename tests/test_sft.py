@@ -207,15 +207,15 @@ def _val_losses(run: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def chat_run(tiny_run, shared_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sft_chat")
-    data = _slice(shared_data / "chat" / "sharegpt-sample.json", 160, out / "chat.json")
-    result = _sft(tiny_run, out / "run", data, "sft-chat-tiny", "train.max_steps=15")
-    assert result.step == 15 and not result.stopped_early
+    data = _slice(shared_data / "chat" / "sharegpt-sample.json", 120, out / "chat.json")
+    result = _sft(tiny_run, out / "run", data, "sft-chat-tiny", "train.max_steps=10")
+    assert result.step == 10 and not result.stopped_early
     return out / "run"
 
 
 def test_chat_sft_lowers_heldout_loss(chat_run, tiny_run):
     losses = _val_losses(chat_run)
-    assert len(losses) == 4  # step 0 (the base model), 5, 10, 15
+    assert len(losses) == 3  # step 0 (the base model), 5, 10
     assert losses[-1] < losses[0] - 0.05, losses
     cfg = load_config(str(chat_run / "config.toml"))
     base = load_config(str(tiny_run / "config.toml"))
@@ -227,8 +227,8 @@ def test_chat_sft_lowers_heldout_loss(chat_run, tiny_run):
 
 
 def test_alpaca_sft_lowers_heldout_loss(tiny_run, shared_data, tmp_path):
-    data = _slice(shared_data / "instruct" / "alpaca-en-demo.json", 200, tmp_path / "alpaca.json")
-    _sft(tiny_run, tmp_path / "run", data, "sft-alpaca-tiny", "train.max_steps=15")
+    data = _slice(shared_data / "instruct" / "alpaca-en-demo.json", 120, tmp_path / "alpaca.json")
+    _sft(tiny_run, tmp_path / "run", data, "sft-alpaca-tiny", "train.max_steps=10")
     losses = _val_losses(tmp_path / "run")
     assert losses[-1] < losses[0] - 0.05, losses
     cfg = load_config(str(tmp_path / "run" / "config.toml"))
