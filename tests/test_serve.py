@@ -258,3 +258,10 @@ def test_scheduler_cancel_context_end_and_bad_prompts(ref):
             sched.submit([1, 2], SamplingParams(top_p=0), print)
     finally:
         sched.stop()
+
+
+def test_body_is_json_whatever_the_content_type(server):
+    # `curl -d '{...}'` sends application/x-www-form-urlencoded; OpenAI's API reads the body as JSON anyway
+    r = httpx.post(server[0] + "/v1/completions", content=json.dumps({"prompt": "Once", "max_tokens": 3}),
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200 and r.json()["object"] == "text_completion"

@@ -22,14 +22,15 @@ if os.environ.get("CI"):  # in CI a missing Playwright is a failure, not a skip
 else:
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
 
-# Counts every change of an assistant bubble's text, to see that the answer arrives in pieces.
+# Records every text an assistant bubble showed, to see that the answer arrives in pieces.
 WATCH = """
 window.__updates = [];
 new MutationObserver((records) => {
   for (const r of records) {
     const el = r.target.nodeType === 1 ? r.target : r.target.parentElement;
     const bubble = el && el.closest && el.closest('.assistant');
-    if (bubble) window.__updates.push(bubble.textContent);
+    // setting textContent replaces the bubble's text node: the added node keeps the text of that moment
+    if (bubble) for (const n of r.addedNodes) window.__updates.push(n.textContent);
   }
 }).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true});
 """

@@ -97,6 +97,19 @@ def _message_text(m: ChatMessage) -> str:
     return "".join(p.text or "" for p in m.content)
 
 
+class JsonBodies:
+    """Read every POST body as JSON whatever its Content-Type (as OpenAI does), so `curl -d '{...}'` works."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
 # -- the app --------------------------------------------------------------------------------------------------------
 def chat_style_for(cfg: Any, tokenizer: Any) -> PromptStyle:
     """The run's prompt style (`[sft] prompt_style`), else ChatML when the tokenizer knows <|im_start|>, else plain."""
@@ -132,6 +145,7 @@ def create_app(engine: Engine, *, model_name: str = "lmforge", prompt_style: str
         await asyncio.to_thread(scheduler.stop)
 
     app = FastAPI(title="lmforge", lifespan=lifespan)
+    app.add_middleware(JsonBodies)
     app.state.scheduler = scheduler
     app.state.prompt_style = style
     app.state.model_name = model_name
