@@ -3,15 +3,17 @@ runs directly.
 
 Layout (format "lmforge-ternary", version 1):
 - tensors
-  - `<layer>.weight.packed`  uint8 [ceil(out·in / 4)]: the BitLinear codes, 2 bits each, 4 per byte
-                              (code c in {-1, 0, +1} stored as c + 1, first weight in the low bits, row-major)
-  - `<layer>.weight.scale`   float32 [1]: that matrix's mean|W| scale
+  - `ternary.codes`   uint8: every BitLinear weight's codes, 2 bits each, 4 per byte (code c in {-1, 0, +1} stored
+                       as c + 1, first weight in the low bits, row-major); each matrix starts on a fresh byte
+                       (ceil(out·in / 4) bytes), matrices concatenated in the order of the `ternary` metadata list
+  - `ternary.scales`  float32 [n_matrices]: each matrix's mean|W| scale, same order
   - every other weight (embedding, norms, an untied lm_head) under its state-dict name, in float32 (exact) or float16
   - `tokenizer/<file>`       uint8: the bytes of each tokenizer file (tokenizer.model / tokenizer.json, meta.json)
 - metadata (string -> string)
   - `format` = "lmforge-ternary", `format_version` = "1"
   - `config`: the run's resolved config as TOML
-  - `ternary`: JSON {layer name: [out_features, in_features]}
+  - `ternary`: JSON [[layer name, out_features, in_features], ...]
+One tensor for all codes (not one per matrix) keeps the JSON header small: `ternary-1m` packs into ~354 KB.
 No pickle anywhere: safetensors holds raw little-endian tensors behind a JSON header.
 """
 from __future__ import annotations
@@ -57,15 +59,17 @@ def save_packed(model: torch.nn.Module, config: Config, tokenizer_dir: str | Pat
     if not bits:
         raise CheckpointError("the model has no BitLinear layers: train it with model.quant = \"ternary\" first")
     tensors: dict[str, torch.Tensor] = {}
-    shapes: dict[str, list[int]] = {}
+    layout, chunks, scales = [], [], []
     for name, layer in bits.items():
         if layer.frozen:
             codes, scale = layer.weight.detach().to(torch.int8), layer.ternary_scale
         else:
             codes, scale = ternary_codes(layer.weight.detach())
-        tensors[f"{name}.weight.packed"] = pack_ternary(codes.cpu())
-        tensors[f"{name}.weight.scale"] = scale.detach().float().reshape(1).cpu()
-        shapes[name] = list(layer.weight.shape)
+        chunks.append(pack_ternary(codes.cpu()))
+        scales.append(scale.detach().float().reshape(1).cpu())
+        layout.append([name, *layer.weight.shape])
+    tensors["ternary.codes"] = torch.cat(chunks)
+    tensors["ternary.scales"] = torch.cat(scales)
     packed_weights = {f"{name}.weight" for name in bits}
     seen: set[int] = set()
     for name, t in model.state_dict().items():
@@ -77,7 +81,7 @@ def save_packed(model: torch.nn.Module, config: Config, tokenizer_dir: str | Pat
         if f.is_file():
             tensors[f"tokenizer/{f.name}"] = torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8)
     metadata = {"format": FORMAT, "format_version": VERSION, "config": config.to_toml(),
-                "ternary": json.dumps(shapes)}
+                "ternary": json.dumps(layout)}
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -98,25 +102,35 @@ def load_packed(path: str | Path, device: str | torch.device = "cpu", dtype: tor
         raise CheckpointError(f"{path}: format version {meta.get('format_version')!r}; this lmforge reads {VERSION}")
     try:
         cfg = config_from_dict(tomllib.loads(meta["config"]), f"{path} (embedded config)")
-        shapes = json.loads(meta["ternary"])
-    except (KeyError, tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        layout = json.loads(meta["ternary"])
+        shapes = {name: (int(out), int(inp)) for name, out, inp in layout}
+    except (KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as e:
         raise CheckpointError(f"{path}: damaged metadata: {e}") from None
     tensors = load_file(str(path))
+    try:
+        all_codes, all_scales = tensors.pop("ternary.codes"), tensors.pop("ternary.scales")
+    except KeyError as e:
+        raise CheckpointError(f"{path}: missing tensor {e}") from None
+    if all_scales.numel() != len(layout) or all_codes.numel() != sum(-(-o * i // 4) for o, i in shapes.values()):
+        raise CheckpointError(f"{path}: ternary.codes / ternary.scales do not match the {len(layout)} matrices listed")
 
     model = build_model(cfg.model, device, init=False)
     bits = bitlinear_modules(model)
     if set(bits) != set(shapes):
         raise CheckpointError(f"{path}: packed layers {sorted(set(shapes) ^ set(bits))[:4]} do not match the config")
-    for name, layer in bits.items():
-        try:
-            packed, scale = tensors.pop(f"{name}.weight.packed"), tensors.pop(f"{name}.weight.scale")
-            codes = unpack_ternary(packed, tuple(shapes[name]))
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"{path}: layer {name}: {e}") from None
-        if tuple(shapes[name]) != tuple(layer.weight.shape):
-            raise CheckpointError(f"{path}: layer {name} has shape {shapes[name]}, the config says "
+    offset = 0
+    for k, (name, out, inp) in enumerate(layout):
+        layer = bits[name]
+        if (out, inp) != tuple(layer.weight.shape):
+            raise CheckpointError(f"{path}: layer {name} has shape {[out, inp]}, the config says "
                                   f"{list(layer.weight.shape)}")
-        layer.freeze_ternary(codes, scale.float())
+        n = -(-out * inp // 4)
+        try:
+            codes = unpack_ternary(all_codes[offset:offset + n], (out, inp))
+        except ValueError as e:
+            raise CheckpointError(f"{path}: layer {name}: {e}") from None
+        offset += n
+        layer.freeze_ternary(codes, all_scales[k].float())
     tok_files = {k.removeprefix("tokenizer/"): tensors.pop(k) for k in list(tensors) if k.startswith("tokenizer/")}
     if not tok_files:
         raise CheckpointError(f"{path}: no tokenizer embedded")

@@ -17,7 +17,7 @@ Choices, and why:
 - eps: the norm uses model.norm_eps (1e-5 by default); the absmax and mean|W| denominators are clamped at 1e-5 so an
   all-zero token or matrix quantizes to zeros instead of NaN.
 - Straight-through estimator: the forward uses the quantized values, the backward treats both quantizers as identity
-  (`v + (q(v) - v).detach()`), so the full-precision latent weights receive the gradient of the quantized matrix.
+  (a custom autograd Function), so the full-precision latent weights receive the gradient of the quantized matrix.
 - Embeddings, norms and the LM head stay full precision (BitNet quantizes only the projections).
 - Quantization math runs in fp32 even under autocast, so bf16/fp16 training quantizes the same way; the matmul itself
   follows autocast. Everything is plain tensor ops, so torch.compile fuses it.
@@ -60,9 +60,22 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     return (x * scale).round().clamp(-ACT_MAX - 1, ACT_MAX) / scale
 
 
-def ste(full: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
-    """Forward: `quantized`; backward: identity onto `full` (the straight-through estimator)."""
-    return full + (quantized - full).detach()
+class _STE(torch.autograd.Function):
+    """Forward: a quantizer; backward: identity (the straight-through estimator). One autograd node instead of the
+    `v + (q(v) - v).detach()` idiom's three, which matters on CPUs where these small layers are bandwidth-bound."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, quantizer) -> torch.Tensor:  # type: ignore[override]
+        return quantizer(v)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+def ste(v: torch.Tensor, quantizer) -> torch.Tensor:
+    """quantizer(v) in the forward pass, gradient passed straight through to v in the backward pass."""
+    return _STE.apply(v, quantizer)
 
 
 class BitLinear(nn.Linear):
@@ -79,11 +92,13 @@ class BitLinear(nn.Linear):
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         xf = x.float()
         xn = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        xq = ste(xn, quantize_activations(xn))
-        if self.frozen:  # weight holds the codes {-1, 0, +1}; the scale is applied after the matmul
-            y = F.linear(xq.to(self.weight.dtype), self.weight) * self.ternary_scale.to(self.weight.dtype)
+        xq = ste(xn, quantize_activations)
+        if self.frozen:  # weight holds the codes {-1, 0, +1}. codes·scale is formed exactly as in training, so the
+            # matmul sees bit-identical operands (an activation rounding flip would otherwise amplify 1e-7 differences)
+            w = (self.weight.float() * self.ternary_scale.float()).to(out_dtype)
+            y = F.linear(xq.to(out_dtype), w)
         else:
-            y = F.linear(xq.to(out_dtype), ste(self.weight.float(), quantize_weight(self.weight)).to(out_dtype))
+            y = F.linear(xq.to(out_dtype), ste(self.weight.float(), quantize_weight).to(out_dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(out_dtype)
