@@ -4,7 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 # The CPU build of torch: a local wheel here, and the small CPU wheel elsewhere. GPU users: TORCH="torch" make setup.
 TORCH   ?= torch==2.13.0
-DATA    ?= ../shared/data/tinystories
+# Offline, the demo reads the local TinyStories copy; without it, it downloads TinyStories from the Hugging Face hub.
+DATA    ?= $(wildcard ../shared/data/tinystories)
 
 .PHONY: setup demo test clean
 
@@ -18,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/lmforge demo --data $(DATA) --out runs/demo
+	$(BIN)/lmforge demo $(if $(DATA),--data $(DATA)) --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q tests
