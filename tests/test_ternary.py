@@ -149,9 +149,8 @@ def test_ste_gradients_reach_latent_weights():
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
     # With an STE the latent weight gets exactly the gradient of the quantized weight it stands for.
-    xn = x.detach() * torch.rsqrt(x.detach().pow(2).mean(-1, keepdim=True) + layer.eps)
     wq = quantize_weight(layer.weight.detach()).requires_grad_()
-    (F.linear(quantize_activations(xn), wq) * g).sum().backward()
+    (F.linear(quantize_activations(x.detach()), wq) * g).sum().backward()
     assert torch.allclose(layer.weight.grad, wq.grad, atol=1e-5)
     assert x.grad is not None and x.grad.abs().sum() > 0  # and through the activation quantizer to the input
 
@@ -201,7 +200,7 @@ def test_ternary_trains_well_below_unigram_baseline(ternary_run):
     baseline = unigram_bpb(train.read(0, len(train)).astype(np.int64), targets, lm.tokenizer.token_bytes,
                            lm.tokenizer.vocab_size)
     print(f"val bpb {result['bpb']:.3f} vs unigram baseline {baseline:.3f} on {result['tokens']:,} tokens")
-    # measured: 2.767 vs 3.341 after 200 steps (a 0.57 bpb gap; 2.51 after 300 steps); demand most of it
+    # measured: 2.811 vs 3.341 after 200 steps (a 0.53 bpb gap); demand most of it
     assert result["bpb"] < baseline - 0.4
 
 

@@ -2,20 +2,21 @@
 
 What a BitLinear computes (training and inference alike), for input x [..., in] and latent weight W [out, in]:
 
-    x̂  = x / sqrt(mean(x², last dim) + eps)               parameter-free RMSNorm (eps = model.norm_eps)
-    x_q = clamp(round(x̂ · 127 / max|x̂|), -128, 127) · max|x̂| / 127     8-bit absmax, per token (max|x̂| >= 1e-5)
+    x_q = clamp(round(x · 127 / max|x|), -128, 127) · max|x| / 127     8-bit absmax, per token (max|x| >= 1e-5)
     s   = mean|W|  (whole matrix, >= 1e-5)
     W_q = clamp(round(W / s), -1, 1) · s                    ternary {-1, 0, +1} times one fp32 scale per matrix
     y   = x_q @ W_qᵀ (+ bias)
 
 Choices, and why:
-- The norm sits *inside* BitLinear, in front of the activation quantizer, as in the BitNet b1.58 reference code
-  ("training tips" release). It has no gain parameter, so a ternary model has exactly the parameters of the dense model
-  of the same shape (`ternary-1m` = 998,784). The block's own pre-norms (attn_norm / mlp_norm, with their gains) stay
-  where they are; for q/k/v/gate/up the inner norm then only removes the gain's overall scale, for o_proj / down_proj
-  it is what keeps their (unnormalized) inputs in the quantizer's range.
-- eps: the norm uses model.norm_eps (1e-5 by default); the absmax and mean|W| denominators are clamped at 1e-5 so an
-  all-zero token or matrix quantizes to zeros instead of NaN.
+- Norm placement: BitLinear has no norm of its own. The block's pre-norms (attn_norm, mlp_norm: RMSNorm with gains,
+  eps = model.norm_eps = 1e-5) already normalize what q/k/v/gate/up see, and absmax quantization is scale-invariant,
+  so o_proj / down_proj need no normalization to stay in range. So a ternary model has exactly the parameters of the
+  dense model of the same shape (`ternary-1m` = 998,784). The reference code's placement (an RMSNorm inside every
+  BitLinear, here parameter-free) was measured and is worse at this scale: val bpb 2.310 vs 2.194 without it
+  (ternary-tiny, 600 steps, the setup of benchmarks/ternary_vs_fp.py); BitNet's learnable SubLN norms would add
+  parameters the seed's count does not have.
+- eps: the absmax and mean|W| denominators are clamped at 1e-5 so an all-zero token or matrix quantizes to zeros
+  instead of NaN.
 - Straight-through estimator: the forward uses the quantized values, the backward treats both quantizers as identity
   (a custom autograd Function), so the full-precision latent weights receive the gradient of the quantized matrix.
 - Embeddings, norms and the LM head stay full precision (BitNet quantizes only the projections).
@@ -60,45 +61,58 @@ def quantize_activations(x: torch.Tensor) -> torch.Tensor:
     return (x * scale).round().clamp(-ACT_MAX - 1, ACT_MAX) / scale
 
 
-class _STE(torch.autograd.Function):
-    """Forward: a quantizer; backward: identity (the straight-through estimator). One autograd node instead of the
-    `v + (q(v) - v).detach()` idiom's three, which matters on CPUs where these small layers are bandwidth-bound."""
+class _WeightSTE(torch.autograd.Function):
+    """Forward: the ternary quantizer; backward: identity (the straight-through estimator). One autograd node instead
+    of the `v + (q(v) - v).detach()` idiom's three, which matters on CPUs where these small layers are bandwidth-bound."""
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, quantizer) -> torch.Tensor:  # type: ignore[override]
-        return quantizer(v)
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return quantize_weight(w)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return grad, None
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
 
 
-def ste(v: torch.Tensor, quantizer) -> torch.Tensor:
-    """quantizer(v) in the forward pass, gradient passed straight through to v in the backward pass."""
-    return _STE.apply(v, quantizer)
+class _ActSTE(torch.autograd.Function):
+    """Forward: 8-bit absmax activation quantization; backward: identity."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return quantize_activations(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+def ste_weight(w: torch.Tensor) -> torch.Tensor:
+    """Ternary-quantized weight forward, gradient straight through to the latent weight."""
+    return _WeightSTE.apply(w)
+
+
+def ste_activations(x: torch.Tensor) -> torch.Tensor:
+    """8-bit quantized activations forward, gradient straight through to x."""
+    return _ActSTE.apply(x)
 
 
 class BitLinear(nn.Linear):
     """nn.Linear with BitNet b1.58 ternary weights and 8-bit activations (see the module docstring). Same parameters
     as nn.Linear, so checkpoints of ternary and dense models share one layout."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, eps: float = 1e-5,
-                 device=None, dtype=None) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.eps = eps
         self.frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        xf = x.float()
-        xn = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        xq = ste(xn, quantize_activations)
+        xq = ste_activations(x.float())
         if self.frozen:  # weight holds the codes {-1, 0, +1}. codes·scale is formed exactly as in training, so the
             # matmul sees bit-identical operands (an activation rounding flip would otherwise amplify 1e-7 differences)
             w = (self.weight.float() * self.ternary_scale.float()).to(out_dtype)
             y = F.linear(xq.to(out_dtype), w)
         else:
-            y = F.linear(xq.to(out_dtype), ste(self.weight.float(), quantize_weight).to(out_dtype))
+            y = F.linear(xq.to(out_dtype), ste_weight(self.weight.float()).to(out_dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(out_dtype)
@@ -118,19 +132,17 @@ class BitLinear(nn.Linear):
         return super().extra_repr() + f", ternary{' (frozen)' if self.frozen else ''}"
 
 
-def convert_to_ternary(model: nn.Module, eps: float | None = None) -> nn.Module:
+def convert_to_ternary(model: nn.Module) -> nn.Module:
     """Swap every nn.Linear inside the attention and MLP blocks (model.layers[i].attn / .mlp) for a BitLinear sharing
     the same weight tensor; embeddings, norms and lm_head are left alone. Works on the meta device (before
     materializing) and on trained dense models (ternary fine-tuning). Returns the model, changed in place."""
-    if eps is None:
-        eps = getattr(getattr(model, "cfg", None), "norm_eps", 1e-5)
     for layer in model.layers:
         for block in (layer.attn, layer.mlp):
             for parent in list(block.modules()):
                 for name, child in list(parent.named_children()):
                     if type(child) is not nn.Linear or "router" in name:  # an MoE router stays full precision
                         continue
-                    bit = BitLinear(child.in_features, child.out_features, bias=child.bias is not None, eps=eps,
+                    bit = BitLinear(child.in_features, child.out_features, bias=child.bias is not None,
                                     device=child.weight.device, dtype=child.weight.dtype)
                     bit.weight = child.weight
                     if child.bias is not None:
