@@ -317,3 +317,25 @@ def test_smoke_command_writes_json(chat_run):
     assert f"{s['OK']} OK / {s['WEAK']} WEAK / {s['FAIL']} FAIL" in proc.stdout
     assert all(r["verdict"] in ("OK", "WEAK", "FAIL") and (r["verdict"] == "OK") == (not r["reasons"])
                for r in report["results"])
+
+
+def test_sft_resume_is_exact(tiny_run, shared_data, tmp_path):
+    """Kill after the step-3 checkpoint (its later checkpoint deleted), resume: the same weights as straight through."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from lmforge.train.sft import sft
+
+    data = _slice(shared_data / "instruct" / "alpaca-en-demo.json", 60, tmp_path / "alpaca.json")
+    run = tmp_path / "run"
+    _sft(tiny_run, run, data, "sft-alpaca-tiny", "train.max_steps=6", "train.checkpoint_every=3",
+         "train.batch_size=4", "train.eval_every=3")
+    final = load_file(str(run / "checkpoints" / "step_000006" / "model.safetensors"))
+    shutil.rmtree(run / "checkpoints" / "step_000006")
+    cfg = load_config(str(run / "config.toml"))  # the saved config; --from comes from sft.init_from
+    result = sft(cfg, resume=True, progress=False)
+    assert result.step == 6
+    resumed = load_file(str(run / "checkpoints" / "step_000006" / "model.safetensors"))
+    assert final.keys() == resumed.keys()
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
