@@ -58,11 +58,12 @@ def main() -> None:
         cfg = load_config(args.preset, [*common, f'out_dir="{run}"', f'model.quant="{quant}"', *extra])
         train = pretrain(cfg, overwrite=True, progress=False)
         dataset = cfg.data.dataset or str(run / "data")
-        lm = load_model(run)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        lm = load_model(run, device)
         val = TokenShards(dataset, "val")
         seq = cfg.train.seq_len or cfg.model.max_seq_len
         ev = evaluate_batches(lm.model, eval_batches(val, cfg.train.batch_size, seq, 0), lm.tokenizer.token_bytes,
-                              torch.device("cpu"))
+                              device)
         if quant == "ternary":
             size = save_packed(lm.model, lm.config, run / "tokenizer", work / "model.ternary.safetensors").stat().st_size
             sizes = {"packed ternary": size}
