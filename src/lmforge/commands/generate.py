@@ -9,7 +9,7 @@ from lmforge.commands.common import add_sampling_args, sampling_params
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="sample text from a trained model")
-    p.add_argument("run", help="run directory or checkpoint directory")
+    p.add_argument("run", help="run directory, checkpoint directory or packed ternary file (export --format ternary)")
     p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable: batched)")
     add_sampling_args(p)
     p.set_defaults(func=run)
