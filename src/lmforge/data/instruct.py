@@ -193,6 +193,7 @@ def load_conversations(sources: list[str], fmt: str = "auto", max_records: int =
                 continue
             report.formats[kind] = report.formats.get(kind, 0) + 1
             out.append(Conversation(messages, where))
+        report.loaded = len(out)
         if len(out) == before and not (max_records and before >= max_records):
             raise DataError(f"{source}: no usable record ({report.summary()})")
     report.loaded = len(out)
