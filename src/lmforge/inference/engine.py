@@ -23,12 +23,28 @@ class Completion:
     prompt_tokens: int
 
 
+def _column_major_head(model: torch.nn.Module) -> None:
+    """Store the output head's [vocab, d_model] weight column-major (same values, same shape, another layout).
+    Decoding multiplies one activation row by it every token; CPU BLAS streams that layout about 2.5x faster
+    (measured on 2 cores: 1.7 ms vs 4.5 ms for 32000 x 288), and the head is most of a small model's bytes.
+    (The same trick on SwiGLU's gate/up gave no measurable gain in the whole decode step, so it stops here.)"""
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, torch.nn.Linear) or head.weight.stride(0) == 1:
+        return
+    with torch.no_grad():
+        head.weight = torch.nn.Parameter(head.weight.t().contiguous().t(), requires_grad=head.weight.requires_grad)
+    if getattr(model.cfg, "tie_embeddings", False):
+        model.embed.weight = head.weight  # stay tied
+
+
 class Engine:
     def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.context = model.cfg.max_seq_len
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            _column_major_head(model)
 
     def _check_prompt(self, ids: Sequence[int]) -> None:
         if not ids:
