@@ -12,6 +12,13 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the commands that train into a run directory (train, sft)."""
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the same directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 200) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)

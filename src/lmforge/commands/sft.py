@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmforge.commands.common import add_config_args
+from lmforge.commands.common import add_config_args, add_run_args
 
 
 def add_parser(sub) -> None:
@@ -12,9 +12,7 @@ def add_parser(sub) -> None:
     add_config_args(p)
     p.add_argument("--from", dest="init_from", default="", metavar="RUN_OR_CKPT",
                    help="the pretrained run directory or checkpoint (default: sft.init_from)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the same directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_args(p)
     p.set_defaults(func=run)
 
 

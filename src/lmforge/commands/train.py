@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from lmforge.commands.common import add_config_args
+from lmforge.commands.common import add_config_args, add_run_args
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="pretrain a model from a config")
     add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in the same directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_args(p)
     p.set_defaults(func=run)
 
 
