@@ -207,8 +207,14 @@ class Trainer:
         resumed = self.resume() if resume else False
         logger = self.open_logger(self.step if resumed else None)
         result = TrainResult(step=self.step, tokens=self.tokens)
-        bar = tqdm(total=t.max_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True,
-                   desc=self.cfg.name)
+        limit_s = 60 * t.time_limit_min
+        if limit_s > 0:  # a time-boxed run: the bar and its ETA follow training time, not the step cap
+            bar = tqdm(total=limit_s, initial=min(self.elapsed, limit_s), unit="s", disable=not self.progress,
+                       dynamic_ncols=True, desc=self.cfg.name,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f}s [{elapsed}<{remaining}{postfix}]")
+        else:
+            bar = tqdm(total=t.max_steps, initial=self.step, unit="step", disable=not self.progress,
+                       dynamic_ncols=True, desc=self.cfg.name)
         last_log_time, last_log_tokens = time.time(), self.tokens
         last_eval: dict[str, float] = {}
         evaluated_at = -1
@@ -223,8 +229,9 @@ class Trainer:
                 loss, grad_norm = self.train_step(lr)
                 self.step += 1
                 self.tokens += self.tokens_per_step
-                self.elapsed += time.time() - step_start
-                bar.update(1)
+                step_time = time.time() - step_start
+                self.elapsed += step_time
+                bar.update(min(step_time, max(limit_s - bar.n, 0)) if limit_s > 0 else 1)
                 if self.step % t.log_every == 0 or self.step == t.max_steps:
                     now = time.time()
                     tok_s = (self.tokens - last_log_tokens) / max(now - last_log_time, 1e-9)
@@ -239,8 +246,8 @@ class Trainer:
                     logger.log(record)
                     postfix = {"loss": f"{record['loss']:.3f}", "lr": f"{lr:.2e}", "tok/s": f"{tok_s:,.0f}"}
                     postfix.update((k, f"{v:.3g}") for k, v in extra.items() if isinstance(v, float))
-                    if t.time_limit_min > 0:
-                        postfix["left"] = f"{max(0, 60 * t.time_limit_min - self.elapsed):.0f}s"
+                    if limit_s > 0:
+                        postfix["step"] = str(self.step)
                     bar.set_postfix(postfix, refresh=False)
                 if t.eval_every and self.step % t.eval_every == 0 and self.step < t.max_steps:
                     last_eval, evaluated_at = self.evaluate(logger), self.step
