@@ -11,7 +11,6 @@ a random-init Llama of a few M parameters with a BPE tokenizer trained on a Tiny
 from __future__ import annotations
 
 import argparse
-import queue
 import sys
 import threading
 import time

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from lmforge.checkpoint import latest_checkpoint, load_model
 from lmforge.config import load_config
-from lmforge.data import TokenShards, iter_corpus, prepare_dataset
+from lmforge.data import TokenShards, prepare_dataset
 from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.metrics import read_metrics
 from lmforge.tokenizer import train_bpe

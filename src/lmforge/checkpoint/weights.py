@@ -1,12 +1,10 @@
 """Model and optimizer state as safetensors (never pickle), with shape checks that name what does not match."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lmforge.errors import CheckpointError
@@ -28,11 +26,6 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     save_file(model_state(model), str(path), metadata=metadata or {})
-
-
-def read_weights_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) -> None:
@@ -90,7 +83,3 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) 
     for idx, entry in rest["scalars"].items():
         state.setdefault(int(idx), {}).update(entry)
     return {"state": state, "param_groups": rest["param_groups"]}
-
-
-def save_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2))

@@ -4,7 +4,6 @@ from the Hugging Face hub."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from lmforge.commands.common import add_config_args
-from lmforge.config import list_presets, load_config
+from lmforge.config import load_config
 
 
 def add_parser(sub) -> None:
@@ -34,7 +34,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {cfg.name}\n{note}")
     print(architecture_table(cfg.model))
     return 0
-
-
-def presets_help() -> str:
-    return ", ".join(list_presets())

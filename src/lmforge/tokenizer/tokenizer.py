@@ -4,7 +4,6 @@ plus `lmforge_tokenizer.json` with what lmforge needs to know (backend, end-of-t
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -166,7 +165,3 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
         for f in src.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
-
-
-def read_meta(directory: str | Path) -> dict:
-    return json.loads((Path(directory) / META_FILE).read_text())
